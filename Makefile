@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed
 
 MNIST  := $(or $(AELIB_DATA),data)/mnist.npz
 
-.PHONY: env data test lab clean
+TEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
+DEJAVU := /usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf
+
+.PHONY: env data tex report test bench lab clean
 
 env: $(STAMP)
 
@@ -22,7 +25,22 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
-test: $(STAMP) $(MNIST)
+# xelatex, pandoc, pdftotext and the DejaVu fonts: installed with apt-get when missing (as root on Debian/Ubuntu)
+tex:
+	@if command -v xelatex >/dev/null && command -v pandoc >/dev/null && command -v pdftotext >/dev/null \
+	    && test -f $(DEJAVU); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the LaTeX tool chain: $(TEX_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES) >/dev/null; \
+	else \
+	  echo "error: the report needs xelatex, pandoc, pdftotext and DejaVu fonts; on Debian/Ubuntu run" >&2; \
+	  echo "  sudo apt-get install --no-install-recommends $(TEX_PACKAGES)" >&2; exit 1; \
+	fi
+
+report: $(STAMP) $(MNIST) tex
+	$(PY) report/build.py
+
+test: $(STAMP) $(MNIST) tex
 	$(PY) -m pytest
 
 lab: $(STAMP)
@@ -30,3 +48,9 @@ lab: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
+
+# The speed benchmark against PyTorch (a benchmark-only dependency). OpenBLAS's core type is left to its own
+# detection for this command only (the machine's OPENBLAS_CORETYPE pins an older kernel); see benchmarks/bench.py.
+bench: $(STAMP) $(MNIST)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0 threadpoolctl
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench.py

@@ -56,6 +56,27 @@ class Activation(NamedTuple):
     d1: Callable     # d1(z) -> g'(u), an array or the scalar 1.0
     d2: Callable     # d2(z, g1) -> g''(u), given g1 = d1(z)
     curved: bool     # False when g'' == 0, so that curvature code can skip the term
+    scale: Callable  # scale(e, z): e ⊙= g'(u) in place, using z's buffer as scratch (z is destroyed); the
+                     # training path's backward pass, which needs no temporaries and frees each z as it goes
+
+
+def _scale_sigmoid(e, z):
+    e *= z
+    np.subtract(1.0, z, out=z)
+    e *= z
+
+
+def _scale_tanh(e, z):
+    np.multiply(z, z, out=z)
+    np.subtract(1.0, z, out=z)
+    e *= z
+
+
+def _scale_softplus(e, z):
+    np.negative(z, out=z)
+    np.expm1(z, out=z)
+    np.negative(z, out=z)
+    e *= z
 
 
 def _store(z, out):
@@ -101,15 +122,16 @@ def _identity(u, out=None):
 
 
 ACTIVATIONS = {
-    "linear": Activation("linear", _identity, lambda z: 1.0, lambda z, g1: 0.0, curved=False),
-    "sigmoid": Activation("sigmoid", _sigmoid, _sigmoid_d1, lambda z, g1: g1 * (1.0 - 2.0 * z), curved=True),
+    "linear": Activation("linear", _identity, lambda z: 1.0, lambda z, g1: 0.0, False, lambda e, z: None),
+    "sigmoid": Activation("sigmoid", _sigmoid, _sigmoid_d1, lambda z, g1: g1 * (1.0 - 2.0 * z), True,
+                          _scale_sigmoid),
     "tanh": Activation("tanh", lambda u, out=None: np.tanh(u, out=out), lambda z: 1.0 - z * z,
-                       lambda z, g1: -2.0 * z * g1, curved=True),
-    "relu": Activation("relu", _relu, lambda z: (z.real > 0).astype(z.real.dtype),
-                       lambda z, g1: 0.0, curved=False),
+                       lambda z, g1: -2.0 * z * g1, True, _scale_tanh),
+    "relu": Activation("relu", _relu, lambda z: (z.real > 0).astype(z.real.dtype), lambda z, g1: 0.0, False,
+                       lambda e, z: np.multiply(e, z.real > 0, out=e)),
     # softplus z = log(1 + e^u): g' = σ(u) = 1 − e^{−z}, g'' = σ(u)(1 − σ(u))
-    "softplus": Activation("softplus", _softplus, lambda z: -np.expm1(-z), lambda z, g1: g1 * (1.0 - g1),
-                           curved=True),
+    "softplus": Activation("softplus", _softplus, lambda z: -np.expm1(-z), lambda z, g1: g1 * (1.0 - g1), True,
+                           _scale_softplus),
 }
 
 
@@ -117,21 +139,38 @@ ACTIVATIONS = {
 # Losses
 # ====================================================================================================================
 # Per example:  mse  ℓ = ½‖z_L − x‖²;    bce  ℓ = Σ_i softplus(u_L) − x u_L = −Σ_i [x log z + (1 − x) log(1 − z)].
-# ``delta`` returns N·∂F/∂u_L; ``curvature`` returns h with N·R{∂F/∂u_L} = h ⊙ R_u_L, either for the exact Hessian or
-# for the Gauss-Newton matrix:
+# ``value_delta`` returns N·F and N·∂F/∂u_L together (one residual array serves both) and may overwrite z_L;
+# ``curvature`` returns h with N·R{∂F/∂u_L} = h ⊙ R_u_L, either for the exact Hessian or the Gauss-Newton matrix:
 #   mse, Hessian       h = g'² + (z − x) ⊙ g''        mse, Gauss-Newton   h = g'²          (loss Hessian I in z)
 #   bce, both          h = σ(u)(1 − σ(u))             (the matching-loss convention: loss Hessian in u)
 
 class Loss(NamedTuple):
     name: str
-    value: Callable      # value(zL, uL, X) -> N·F
-    delta: Callable      # delta(zL, X, g1) -> N·∂F/∂u_L
-    curvature: Callable  # curvature(zL, X, g1, g2, gauss_newton) -> h
+    value: Callable        # value(zL, uL, X) -> N·F
+    value_delta: Callable  # value_delta(zL, uL, X, act) -> (N·F, N·∂F/∂u_L); zL is consumed
+    curvature: Callable    # curvature(zL, X, g1, g2, gauss_newton) -> h
 
 
 def _sum_squares(r):
     r = r.ravel()
     return r @ r                                  # Σ r², no conjugation (complex step needs the analytic form)
+
+
+def _bce_value(zL, uL, X):
+    return np.sum(ACTIVATIONS["softplus"].value(uL) - X * uL)
+
+
+def _mse_value_delta(zL, uL, X, act):
+    r = zL - X
+    value = 0.5 * _sum_squares(r)
+    act.scale(r, zL)                              # δ_L = (z_L − x) ⊙ g'(u_L)
+    return value, r
+
+
+def _bce_value_delta(zL, uL, X, act):
+    value = _bce_value(zL, uL, X)
+    zL -= X                                       # δ_L = σ(u_L) − x
+    return value, zL
 
 
 def _mse_curvature(zL, X, g1, g2, gauss_newton):
@@ -142,10 +181,8 @@ def _mse_curvature(zL, X, g1, g2, gauss_newton):
 
 
 LOSSES = {
-    "mse": Loss("mse", lambda zL, uL, X: 0.5 * _sum_squares(zL - X),
-                lambda zL, X, g1: (zL - X) * g1, _mse_curvature),
-    "bce": Loss("bce", lambda zL, uL, X: np.sum(ACTIVATIONS["softplus"].value(uL) - X * uL),
-                lambda zL, X, g1: zL - X, lambda zL, X, g1, g2, gauss_newton: g1),
+    "mse": Loss("mse", lambda zL, uL, X: 0.5 * _sum_squares(zL - X), _mse_value_delta, _mse_curvature),
+    "bce": Loss("bce", _bce_value, _bce_value_delta, lambda zL, X, g1, g2, gauss_newton: g1),
 }
 
 
@@ -171,9 +208,11 @@ def _forward(params, acts, X, keep_logits=False):
 def _backprop(params, acts, zs, delta, grads, d1s=None, keep=False):
     """Backward pass from delta = ∂F/∂u_L, writing ∂F/∂W_l = δ_lᵀ z_{l-1} and ∂F/∂b_l = Σ_n δ_l into ``grads``.
 
-    Recursion: e_{l-1} = δ_l W_l (= ∂F/∂z_{l-1}),  δ_{l-1} = e_{l-1} ⊙ g'_{l-1}.  ``d1s[k]`` is g' of layer k
-    (computed on the fly when not given).  With ``keep`` returns the lists of δ_l and e_l, else None.
-    The same routine is the backward half of a Gauss-Newton product (it is a vector-Jacobian product).
+    Recursion: e_{l-1} = δ_l W_l (= ∂F/∂z_{l-1}),  δ_{l-1} = e_{l-1} ⊙ g'_{l-1}.  With the slopes ``d1s`` (d1s[k] is
+    g' of layer k) the activations ``zs`` are left intact; without them each slope is computed from z_k in place
+    and z_k is released once used, so ``zs`` is consumed (the training path: no temporaries, memory falls as the
+    pass proceeds).  With ``keep`` returns the lists of δ_l and e_l, else None.  The same routine is the backward
+    half of a Gauss-Newton product (it is a vector-Jacobian product).
     """
     L = len(params)
     deltas, es = [None] * L, [None] * L
@@ -186,12 +225,15 @@ def _backprop(params, acts, zs, delta, grads, d1s=None, keep=False):
         if k == 0:
             break
         e = delta @ W
-        g1 = d1s[k - 1] if d1s is not None else acts[k - 1].d1(zs[k])
         if keep:
             es[k - 1] = e
-            delta = e * g1
+            delta = e * d1s[k - 1]
+        elif d1s is not None:
+            e *= d1s[k - 1]
+            delta = e
         else:
-            e *= g1
+            acts[k - 1].scale(e, zs[k])
+            zs[k] = None
             delta = e
     return (deltas, es) if keep else None
 
@@ -204,12 +246,13 @@ def _batch_loss(net, params, X):
 def _loss_grad_into(net, params, X, grads):
     """F and ∇F on a trusted batch (already validated and cast), written into the views ``grads``."""
     zs, uL = _forward(params, net._acts, X, keep_logits=net.loss_name == "bce")
-    N, zL = len(X), zs[-1]
-    loss = net._loss.value(zL, uL, X) / N
-    delta = net._loss.delta(zL, X, net._acts[-1].d1(zL))
+    zL, zs[-1] = zs[-1], None
+    loss, delta = net._loss.value_delta(zL, uL, X, net._acts[-1])
+    del zL, uL
+    N = len(X)
     delta *= 1.0 / N
     _backprop(params, net._acts, zs, delta, grads)
-    return loss
+    return loss / N
 
 
 class Autoencoder:
@@ -337,6 +380,15 @@ class Autoencoder:
         zs, uL = _forward(params, self._acts, X, keep_logits=logits)
         return uL if logits else zs[-1]
 
+    def preactivations(self, theta, X):
+        """[u_1, ..., u_L], every layer's pre-activation (for inspection, e.g. the distance of relu units from 0)."""
+        params, X = self._prepare(theta, X)
+        us, z = [], X
+        for (W, b), act in zip(params, self._acts):
+            us.append(z @ W.T + b)
+            z = act.value(us[-1])
+        return us
+
     def squared_error(self, theta, X):
         """Mean over the batch of the summed squared reconstruction error ‖z_L − x‖² (2F for the mse loss)."""
         params, X = self._prepare(theta, X)
@@ -404,7 +456,7 @@ class Linearization:
 
     @cached_property
     def _backward(self):
-        delta = self.net._loss.delta(self.zs[-1], self.X, self.d1s[-1])
+        _, delta = self.net._loss.value_delta(self.zs[-1].copy(), self._uL, self.X, self.net._acts[-1])
         delta *= 1.0 / self.N
         grad = np.empty_like(self.theta, shape=self.net.n_params)
         deltas, es = _backprop(self.params, self.net._acts, self.zs, delta, self.net.unpack(grad), self.d1s,
@@ -1022,6 +1074,40 @@ def load_mnist(path=None, dtype=np.float32, n_train=None, n_val=None, n_test=Non
         Xf /= 255
         out[f"X_{split}"], out[f"y_{split}"] = Xf, y[idx].astype(np.int64)
     return MNIST(**out)
+
+
+# ====================================================================================================================
+# Baselines
+# ====================================================================================================================
+
+class PCA:
+    """The best linear k-dimensional code: X ≈ mean + (X − mean) Cᵀ C with C the top-k principal directions (k, n).
+
+    It is the optimum of a linear autoencoder with the mse loss, and the baseline every 2-D code is compared with.
+    """
+
+    def __init__(self, X, k):
+        X = np.asarray(X, dtype=np.float64)
+        if not 1 <= k <= X.shape[1]:
+            raise ValueError(f"k must be between 1 and {X.shape[1]}; got {k}")
+        self.mean = X.mean(axis=0)
+        Xc = X - self.mean
+        eigval, eigvec = np.linalg.eigh(Xc.T @ Xc / len(X))          # n × n: cheap for n = 784
+        order = np.argsort(eigval)[::-1][:k]
+        self.variances, self.components = eigval[order], eigvec[:, order].T
+
+    def encode(self, X):
+        return (np.asarray(X, dtype=np.float64) - self.mean) @ self.components.T
+
+    def decode(self, codes):
+        return self.mean + codes @ self.components
+
+    def reconstruct(self, X):
+        return self.decode(self.encode(X))
+
+    def squared_error(self, X):
+        """Mean over images of ‖x̂ − x‖² (as ``Autoencoder.squared_error``)."""
+        return float(np.mean(np.sum((self.reconstruct(X) - X) ** 2, axis=1)))
 
 
 # ====================================================================================================================

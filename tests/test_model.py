@@ -36,6 +36,7 @@ def test_forward_matches_the_naive_definition():
     us, z = naive_preactivations(net, theta, X)
     assert aelib.rel_error(net.reconstruct(theta, X), z) < 1e-14
     assert aelib.rel_error(net.reconstruct(theta, X, logits=True), us[-1]) < 1e-14
+    assert all(aelib.rel_error(a, b) < 1e-14 for a, b in zip(net.preactivations(theta, X), us))
     assert aelib.rel_error(net.encode(theta, X), us[net.code_layer - 1]) < 1e-14       # linear code layer
     assert aelib.rel_error(net.decode(theta, net.encode(theta, X)), z) < 1e-14
     assert net.squared_error(theta, X) == pytest.approx(np.mean(np.sum((z - X) ** 2, axis=1)), rel=1e-13)
@@ -77,3 +78,16 @@ def test_bad_calls_are_refused():
         net.init(scheme="he")
     with pytest.raises(ValueError, match="method must be 'central' or 'complex'"):
         aelib.check_gradient(net, theta, X, p, method="forward")
+
+
+def test_pca_is_the_best_linear_code():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3)) @ np.diag([3.0, 1.0, 0.1]) + np.array([1.0, 2.0, 3.0])
+    pca = aelib.PCA(X, k=2)
+    assert np.allclose(np.abs(pca.components), [[1, 0, 0], [0, 1, 0]], atol=0.05)
+    residual = X - pca.mean
+    expected = np.mean(residual[:, 2] ** 2) + np.mean(np.sum(residual[:, :2] ** 2, axis=1)) - np.sum(pca.variances)
+    assert pca.squared_error(X) == pytest.approx(np.sum(np.var(X, axis=0)) - np.sum(pca.variances), rel=1e-10)
+    assert pca.squared_error(X) == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(ValueError, match="k must be between 1 and 3"):
+        aelib.PCA(X, 4)
