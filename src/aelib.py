@@ -747,6 +747,7 @@ class TrainRecord:
     diverged: bool = False
     diverged_epoch: int | None = None
     stopped_early: bool = False
+    log: list = field(default_factory=list)     # per-step details of second-order methods (see train_hf)
 
     @property
     def epochs(self):
@@ -841,7 +842,8 @@ def _progress_bar(progress, total, hyper):
     if not progress:
         return None
     from tqdm.auto import tqdm                              # optional: only the progress bar needs it
-    return tqdm(total=total, desc=f"{hyper['name']} lr={hyper.get('lr')}", unit="batch", leave=False)
+    desc = f"{hyper['name']} lr={hyper['lr']}" if "lr" in hyper else hyper["name"]
+    return tqdm(total=total, desc=desc, unit="batch" if "lr" in hyper else "step", leave=False)
 
 
 def trajectory(grad, x0, optimizer, steps):
@@ -853,6 +855,202 @@ def trajectory(grad, x0, optimizer, steps):
         x += step
         path.append(x.copy())
     return np.array(path)
+
+
+# ====================================================================================================================
+# Hessian-free optimization (Martens 2010) on the Gauss-Newton products
+# ====================================================================================================================
+
+def conjugate_gradient(matvec, b, x0=None, precond=None, max_iter=250, min_iter=10, tol=5e-4, keep=None):
+    """Minimise φ(x) = ½ xᵀAx − bᵀx, i.e. solve Ax = b for symmetric positive definite A, by preconditioned CG.
+
+    ``matvec(v)`` = A v; ``precond(r)`` applies M⁻¹.  Stops at max_iter, when the residual vanishes, or (Martens
+    2010, §4.4) at iteration i ≥ min_iter once φ improved by less than tol·k relative over the last
+    k = max(min_iter, i/10) iterations; tol = 0 runs to convergence.  Returns (x, iterates, iterations) where
+    ``iterates`` lists (i, x_i) for i in ``keep`` plus the last one, for backtracking.
+    """
+    x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=b.dtype, copy=True)
+    r = b - matvec(x) if x0 is not None and np.any(x) else b.copy()
+    y = precond(r) if precond else r
+    p, ry = y.copy(), r @ y
+    keep = set() if keep is None else set(keep)
+    iterates, phi = [], [-0.5 * x @ (b + r)]                    # φ(x) = −½ xᵀ(b + r) since Ax = b − r
+    b_norm = np.linalg.norm(b)
+    i = 0
+    for i in range(1, max_iter + 1):
+        Ap = matvec(p)
+        pAp = p @ Ap
+        if pAp <= 0:                                          # not positive definite along p (round-off): stop
+            i -= 1
+            break
+        alpha = ry / pAp
+        x += alpha * p
+        r -= alpha * Ap
+        phi.append(-0.5 * x @ (b + r))
+        if i in keep:
+            iterates.append((i, x.copy()))
+        if np.linalg.norm(r) <= 1e-14 * b_norm:
+            break
+        k = max(min_iter, int(0.1 * i))
+        if tol > 0 and i > k and phi[i] < 0 and (phi[i] - phi[i - k]) / phi[i] < tol * k:
+            break
+        y = precond(r) if precond else r
+        ry, ry_old = r @ y, ry
+        p *= ry / ry_old
+        p += y
+    if not iterates or iterates[-1][0] != i:
+        iterates.append((i, x.copy()))
+    return x, iterates, i
+
+
+class HessianFree(NamedTuple):
+    """Settings of ``train_hf``; build with ``hessian_free(...)``."""
+    damping: float
+    grad_batch: int | None
+    curvature_batch: int
+    cg_max: int
+    cg_min: int
+    cg_tol: float
+    decay: float
+    precondition: bool
+    line_search: bool
+    hyper: dict
+
+
+def hessian_free(damping=1.0, grad_batch=None, curvature_batch=1000, cg_max=100, cg_min=10, cg_tol=5e-4,
+                 decay=0.95, precondition=True, line_search=True):
+    """Hessian-free optimization in the form of Martens (2010), on Gauss-Newton products.  Each outer step k:
+
+        g = ∇F on a gradient batch (all of X_train when grad_batch is None), G from one ``net.linearize`` on a
+        random curvature batch of ``curvature_batch`` examples;
+        d ≈ argmin_d q(d) + ½λ‖d‖²,  q(d) = gᵀd + ½ dᵀGd,  by preconditioned CG on (G + λI) d = −g, started from
+        ``decay``·d_{k−1} and stopped on relative progress of the quadratic model;
+        CG-backtracking: of the stored iterates d_i (i ≈ 1.3^j), walk back from the last while F(θ + d_i)
+        decreases on the gradient batch;
+        ρ = (F(θ + d) − F(θ)) / q(d) (undamped model); λ ← 3/2 λ if ρ < ¼, λ ← 2/3 λ if ρ > ¾;
+        line search: θ ← θ + α d with α = 0.8^j, the largest that gives F(θ + αd) ≤ F(θ) + 10⁻² α gᵀd (α = 0, a
+        rejected step, if none of 0.8⁰ … 0.8¹⁰ does).
+    The preconditioner is Martens' M = (diag Σ_n g_n² / N + λ)^¾ from the squared per-example gradients g_n of the
+    curvature batch (one GEMM per layer: Σ_n δ_n² z_n²).
+    """
+    _positive("damping (λ)", damping)
+    if grad_batch is not None and not (isinstance(grad_batch, (int, np.integer)) and grad_batch >= 1):
+        raise ValueError(f"grad_batch must be None (all data) or an integer ≥ 1; got {grad_batch!r}")
+    if not (isinstance(curvature_batch, (int, np.integer)) and curvature_batch >= 1):
+        raise ValueError(f"curvature_batch must be an integer ≥ 1; got {curvature_batch!r}")
+    if not (isinstance(cg_max, (int, np.integer)) and cg_max >= 1 and 1 <= cg_min <= cg_max):
+        raise ValueError(f"need 1 ≤ cg_min ≤ cg_max; got cg_min={cg_min!r}, cg_max={cg_max!r}")
+    if not cg_tol >= 0:
+        raise ValueError(f"cg_tol must be ≥ 0; got {cg_tol!r}")
+    _fraction("decay", decay)
+    hyper = {"name": "hf", "damping": damping, "grad_batch": grad_batch, "curvature_batch": curvature_batch,
+             "cg_max": cg_max, "cg_min": cg_min, "cg_tol": cg_tol, "decay": decay, "precondition": precondition,
+             "line_search": line_search}
+    return HessianFree(float(damping), grad_batch, int(curvature_batch), int(cg_max), int(cg_min), float(cg_tol),
+                       float(decay), bool(precondition), bool(line_search), hyper)
+
+
+def _squared_example_gradients(lin):
+    """(1/N) Σ_n g_n ⊙ g_n for the per-example gradients g_n of the loss ℓ_n at a linearization."""
+    _, deltas, _ = lin._backward
+    out = np.empty_like(lin.theta)
+    N = lin.N
+    for (gW, gb), delta, z in zip(lin.net.unpack(out), deltas, lin.zs):
+        d2 = delta * delta
+        np.matmul(d2.T, z * z, out=gW)                         # Σ_n (N δ_n)_i² z_nj² / N = N (δ²)ᵀ(z²)
+        gW *= N
+        np.sum(d2, axis=0, out=gb)
+        gb *= N
+    return out
+
+
+def train_hf(net, theta, X_train, hf, steps, X_val=None, seed=0, progress=True, callback=None):
+    """Train with ``hf = hessian_free(...)`` for ``steps`` outer steps; the sibling of ``train``.
+
+    Returns a ``TrainRecord`` whose ``train_loss[k − 1]`` is the gradient-batch loss before step k, ``val_loss`` as
+    in ``train`` (index 0 at the start), ``epoch_time`` the seconds of each step, and ``log`` one dict per step
+    with λ, the CG iterations, the chosen iterate, ρ, α and the examples processed so far (gradient, line search
+    and curvature batches counted as forward-backward equivalents).  ``callback(step, theta, record)`` returning
+    True stops early (a time budget, say).
+    """
+    theta = np.array(net._check_theta(theta), copy=True)
+    X_train = net._check_batch(X_train, net.sizes[0], "X_train").astype(theta.dtype, copy=False)
+    if X_val is not None:
+        X_val = net._check_batch(X_val, net.sizes[0], "X_val").astype(theta.dtype, copy=False)
+    rng = np.random.default_rng(seed)
+    record = TrainRecord(theta, hyper={**hf.hyper, "steps": int(steps), "seed": seed, "sizes": list(net.sizes),
+                                       "loss": net.loss_name})
+    if X_val is not None:
+        record.val_loss.append(evaluate(net, theta, X_val))
+    lam, d_prev, seen = hf.damping, np.zeros_like(theta), 0.0
+    N = len(X_train)
+    keep = sorted({int(math.ceil(1.3 ** j)) for j in range(40)})
+    bar = _progress_bar(progress, steps, hf.hyper)
+    try:
+        for step in range(1, steps + 1):
+            start = time.perf_counter()
+            Xg = X_train if hf.grad_batch is None or hf.grad_batch >= N else \
+                X_train[rng.choice(N, hf.grad_batch, replace=False)]
+            Xc = X_train[rng.choice(N, min(hf.curvature_batch, N), replace=False)]
+            f0, g = net.loss_grad(theta, Xg)
+            lin = net.linearize(theta, Xc)
+            if hf.precondition:
+                M = (_squared_example_gradients(lin) + lam) ** 0.75
+                precond = lambda r: r / M
+            else:
+                precond = None
+            x, iterates, cg_iters = conjugate_gradient(lambda v: lin.gnvp(v) + lam * v, -g, hf.decay * d_prev,
+                                                       precond, hf.cg_max, hf.cg_min, hf.cg_tol, keep)
+            f = lambda d: float(evaluate(net, theta + d, Xg))
+            best_i, d = iterates[-1]
+            f_d = f(d)
+            evaluations = 1
+            for i, candidate in reversed(iterates[:-1]):        # CG-backtracking
+                f_c = f(candidate)
+                evaluations += 1
+                if f_c >= f_d:
+                    break
+                best_i, d, f_d = i, candidate, f_c
+            q = g @ d + 0.5 * d @ lin.gnvp(d)
+            rho = (f_d - f0) / q if q < 0 else -np.inf
+            if rho < 0.25:
+                lam *= 1.5
+            elif rho > 0.75:
+                lam *= 2 / 3
+            alpha, slope = 1.0, g @ d
+            if hf.line_search:
+                for j in range(11):
+                    value = f_d if j == 0 else f(alpha * d)
+                    evaluations += j > 0
+                    if value <= f0 + 1e-2 * alpha * slope:
+                        break
+                    alpha *= 0.8
+                else:
+                    alpha = 0.0
+            elif f_d > f0:
+                alpha = 0.0
+            theta += alpha * d
+            d_prev = d
+            # data processed, in forward-backward equivalents: gradient, F evaluations (a third each), curvature
+            seen += len(Xg) * (1 + evaluations / 3) + len(Xc) * (1 + 1.3 * (cg_iters + 1))
+            record.train_loss.append(float(f0))
+            record.steps += 1
+            if X_val is not None:
+                record.val_loss.append(evaluate(net, theta, X_val))
+            record.epoch_time.append(time.perf_counter() - start)
+            record.log.append({"damping": lam, "cg_iters": cg_iters, "cg_chosen": best_i, "rho": float(rho),
+                               "alpha": alpha, "examples": seen})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{f0:.4g}", λ=f"{lam:.3g}", cg=cg_iters, **(
+                    {"val": f"{record.val_loss[-1]:.4g}"} if X_val is not None else {}))
+            if callback is not None and callback(step, theta, record):
+                record.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return record
 
 
 # ====================================================================================================================
