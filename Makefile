@@ -6,11 +6,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 MNIST  := $(or $(AELIB_DATA),data)/mnist.npz
+STUDY  := $(or $(AELIB_CACHE),build/cache)/study.json
 
 TEX_PACKAGES := texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc fonts-dejavu-core poppler-utils
 DEJAVU := /usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf
 
-.PHONY: env data tex report test bench lab clean
+.PHONY: env data tex report test bench hf lab clean
 
 env: $(STAMP)
 
@@ -42,6 +43,14 @@ report: $(STAMP) $(MNIST) tex
 
 test: $(STAMP) $(MNIST) tex
 	$(PY) -m pytest
+
+# The full Hessian-free comparison of chapter 6 (about half an hour): it writes report/hf_results.json, which is
+# committed and which the report reads. It uses the learning rates tuned in chapter 5 (run first when missing),
+# and rebuilds the report afterwards (training runs come from the cache).
+hf: $(STAMP) $(MNIST) tex
+	test -f $(STUDY) || $(PY) report/build.py --only 05
+	$(PY) report/hf_compare.py
+	$(PY) report/build.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -2,7 +2,7 @@
 
     make bench                    # or: python benchmarks/bench.py [--quick]
 
-For each network, batch size and dtype it times (median of repeats, after warm-up) loss + gradient, H p, G p, G p
+For each network, batch size and dtype it times (median of repeats in interleaved rounds, after warm-up) loss + gradient, H p, G p, G p
 through a cached linearization and one Adam epoch over the training images, for aelib and for PyTorch (autograd
 gradient; H p by double backward and by torch.func.jvp of the gradient, whichever is faster; G p by torch.func jvp +
 vjp; torch.optim.Adam), and the BLAS bound: the summed time of the gradient's GEMMs alone, in the same orientation.
@@ -42,16 +42,22 @@ DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.
 AGREE_TOL = 1e-10
 
 
-def median_time(fn, min_repeat=5, budget=1.0, warmup=2):
-    """Median of at least ``min_repeat`` timed calls (more while within ``budget`` seconds), after warm-up."""
+def interleaved_times(fns, min_repeat=5, budget=1.0, warmup=2):
+    """Median seconds of each function of the dict ``fns``, timed in interleaved rounds (one call of each per round)
+    so that every ratio compares calls made under the same machine conditions.  At least ``min_repeat`` rounds,
+    more while within ``budget`` seconds per function (at most 200), after ``warmup`` rounds."""
     for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_repeat or (time.perf_counter() - start < budget and len(times) < 200):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for fn in fns.values():
+            fn()
+    times, start = {name: [] for name in fns}, time.perf_counter()
+    rounds = 0
+    while rounds < min_repeat or (time.perf_counter() - start < budget * len(fns) and rounds < 200):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        rounds += 1
+    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------ torch
@@ -168,23 +174,21 @@ def bench_config(name, sizes, N, dtype_name, data, epoch_data, rng, budget):
     p = rng.standard_normal(net.n_params).astype(np_dtype)
     t, Xt, pt = torch.tensor(theta), torch.tensor(X), torch.tensor(p)
     lin = net.linearize(theta, X)
-    T = lambda fn: median_time(fn, budget=budget)
-    row["grad"] = T(lambda: net.loss_grad(theta, X))
-    row["torch_grad"] = T(lambda: tnet.grad(t, Xt))
-    row["blas"] = T(blas_bound(net, N, np_dtype, rng))
-    row["hvp"] = T(lambda: net.hvp(theta, X, p))
-    row["torch_hvp"] = min(T(lambda: tnet.hvp_double_backward(t, Xt, pt)), T(lambda: tnet.hvp_jvp(t, Xt, pt)))
-    row["gnvp"] = T(lambda: net.gnvp(theta, X, p))
-    row["gnvp_cached"] = T(lambda: lin.gnvp(p))
-    row["torch_gnvp"] = T(lambda: tnet.gnvp(t, Xt, pt))
+    row.update(interleaved_times({
+        "grad": lambda: net.loss_grad(theta, X), "torch_grad": lambda: tnet.grad(t, Xt),
+        "blas": blas_bound(net, N, np_dtype, rng), "hvp": lambda: net.hvp(theta, X, p),
+        "torch_hvp_double_backward": lambda: tnet.hvp_double_backward(t, Xt, pt),
+        "torch_hvp_jvp": lambda: tnet.hvp_jvp(t, Xt, pt), "gnvp": lambda: net.gnvp(theta, X, p),
+        "gnvp_cached": lambda: lin.gnvp(p), "torch_gnvp": lambda: tnet.gnvp(t, Xt, pt)}, budget=budget))
+    row["torch_hvp"] = min(row["torch_hvp_double_backward"], row["torch_hvp_jvp"])
     if N == 100 and epoch_data is not None:
         Xe = epoch_data.astype(np_dtype)
         order = np.random.default_rng(0).permutation(len(Xe))
         Xet, order_t = torch.tensor(Xe), torch.tensor(order)
-        row["adam_epoch"] = median_time(lambda: aelib.train(net, theta, Xe, aelib.adam(1e-3), 1, N, progress=False),
-                                        min_repeat=1 if len(Xe) > 10_000 else 3, budget=0, warmup=0)
-        row["torch_adam_epoch"] = median_time(lambda: tnet.adam_epoch(t, Xet, N, order_t),
-                                              min_repeat=1 if len(Xe) > 10_000 else 3, budget=0, warmup=0)
+        row.update(interleaved_times({
+            "adam_epoch": lambda: aelib.train(net, theta, Xe, aelib.adam(1e-3), 1, N, progress=False),
+            "torch_adam_epoch": lambda: tnet.adam_epoch(t, Xet, N, order_t)},
+            min_repeat=2 if len(Xe) > 10_000 else 3, budget=0, warmup=1 if len(Xe) <= 10_000 else 0))
     return row
 
 

@@ -87,12 +87,15 @@ STATS = {"runs": 0, "cached": 0, "epochs": 0, "train_seconds": 0.0}   # what ``r
 WORKERS = min(2, os.cpu_count() or 1)
 
 
-def job(sizes, optimizer, lr, epochs, batch_size, data, seed=SEED, schedule=None, **hyper):
+def job(sizes, optimizer, lr, epochs, batch_size, data, seed=SEED, schedule=None, budget=None, **hyper):
     """One training run, as plain data: ``data`` is the keyword arguments of ``aelib.load_mnist`` (so a worker
-    process can load the same images, and the cache key covers them); ``schedule`` None or "inverse_root"."""
-    return {"sizes": list(sizes), "optimizer": optimizer, "lr": float(lr), "epochs": int(epochs),
-            "batch_size": int(batch_size), "data": dict(data), "seed": int(seed), "schedule": schedule,
-            "hyper": hyper}
+    process can load the same images, and the cache key covers them); ``schedule`` None or "inverse_root".
+    ``optimizer`` "hf" runs ``aelib.train_hf`` with ``hyper`` as the ``hessian_free`` settings and ``epochs`` as
+    the most outer steps (``lr`` and ``batch_size`` are then None).  With a ``budget`` in seconds the run stops
+    after the epoch (or step) that uses it up, and records the test loss after every epoch, untimed."""
+    return {"sizes": list(sizes), "optimizer": optimizer, "lr": None if lr is None else float(lr),
+            "epochs": int(epochs), "batch_size": None if batch_size is None else int(batch_size),
+            "data": dict(data), "seed": int(seed), "schedule": schedule, "budget": budget, "hyper": hyper}
 
 
 def _path(job):
@@ -114,10 +117,22 @@ def _train(job):
     """Run one job (in this process or a worker) and cache its record; returns the cache path."""
     data = load(**job["data"])
     net = aelib.Autoencoder(job["sizes"])
-    rate = aelib.inverse_root(job["lr"]) if job["schedule"] == "inverse_root" else job["lr"]
-    optimizer = OPTIMIZERS[job["optimizer"]](rate, **job["hyper"])
-    record = aelib.train(net, net.init(job["seed"]).astype(np.float32), data.X_train, optimizer, job["epochs"],
-                         job["batch_size"], X_val=data.X_val, seed=job["seed"], progress=False)
+    theta = net.init(job["seed"]).astype(np.float32)
+    callback, budget = None, job["budget"]
+    if budget is not None:
+        def callback(epoch, theta, record):
+            if job["optimizer"] != "hf":
+                record.log.append({})                          # train keeps no per-epoch log of its own
+            record.log[-1]["test_loss"] = aelib.evaluate(net, theta, data.X_test)   # after epoch_time: untimed
+            return sum(record.epoch_time) >= budget
+    if job["optimizer"] == "hf":
+        record = aelib.train_hf(net, theta, data.X_train, aelib.hessian_free(**job["hyper"]), job["epochs"],
+                                X_val=data.X_val, seed=job["seed"], progress=False, callback=callback)
+    else:
+        rate = aelib.inverse_root(job["lr"]) if job["schedule"] == "inverse_root" else job["lr"]
+        optimizer = OPTIMIZERS[job["optimizer"]](rate, **job["hyper"])
+        record = aelib.train(net, theta, data.X_train, optimizer, job["epochs"], job["batch_size"],
+                             X_val=data.X_val, seed=job["seed"], progress=False, callback=callback)
     path = _path(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(record).items() if k != "theta"}
@@ -171,6 +186,73 @@ def run_all(jobs, label="training"):
     STATS["epochs"] += sum(r.epochs for r in records.values())
     STATS["train_seconds"] += sum(sum(r.epoch_time) for r in records.values())
     return records
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON through a temporary file, so ``path`` is complete or untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path, hint):
+    """The JSON at ``path``; when it is missing, an error that says how to make it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; {hint}") from None
+
+
+def machine():
+    """The CPU model, core count and numpy version, for the provenance of timed results."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} cores, numpy {np.__version__}"
+
+
+# ------------------------------------------------------------------------------------------------ the HF comparison
+STUDY = CACHE / ("study-smoke.json" if FAST else "study.json")     # the study's choices, written by notebook 05
+HF_RESULTS = ROOT / "report" / "hf_results.json"                   # written by `make hf`, read by notebook 06
+HF_ARCHS = {"784-1000-500-250-30-250-500-1000-784": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
+            "784-1000-500-250-2-250-500-1000-784": [784, 1000, 500, 250, 2, 250, 500, 1000, 784]}
+HF_TUNED_FROM = "784-1000-500-250-2-250-500-1000-784"              # the study's net whose tuned η both nets use
+HF_SETTINGS = {"damping": 1.0, "grad_batch": 5000, "curvature_batch": 500, "cg_max": 50}
+HF_BUDGET = 450                                                    # seconds per run in the full comparison
+
+
+def hf_comparison(budget=HF_BUDGET, data=None, settings=None):
+    """HF against the study's tuned Adam and momentum on each of HF_ARCHS, every run stopped once it has trained
+    for ``budget`` seconds (two runs at a time, one BLAS thread each, as in ``run_all``).  Returns plain data for
+    JSON: per run its settings and curves against seconds and epochs of data, of the validation and test squared
+    error per image (SSE = 2F), and HF's per-step log."""
+    study = read_json(STUDY, "run `make report` first: its chapter 5 tunes the learning rates and the batch size "
+                             "this comparison uses")
+    data, settings = data or {}, {**HF_SETTINGS, **(settings or {})}
+    lr, batch = study["lr"][HF_TUNED_FROM], study["batch_size"]
+    jobs = {}
+    for name, sizes in HF_ARCHS.items():
+        for o in ("adam", "momentum"):
+            jobs[(name, o)] = job(sizes, o, lr[o], 10 ** 6, batch, data, budget=budget)
+        jobs[(name, "hf")] = job(sizes, "hf", None, 10 ** 6, None, data, budget=budget, **settings)
+    with Timer() as timer:
+        records = run_all(jobs, "HF comparison")
+    images = load(**data)
+    N, runs = len(images.X_train), []
+    for (name, o), r in records.items():
+        net = aelib.Autoencoder(HF_ARCHS[name])
+        start = aelib.evaluate(net, net.init(SEED).astype(np.float32), images.X_test)
+        seen = [e["examples"] for e in r.log] if o == "hf" else [N * k for k in range(1, r.epochs + 1)]
+        runs.append({"arch": name, "method": o, "settings": r.hyper, "steps": r.epochs,
+                     "seconds": np.cumsum([0.0] + r.epoch_time).tolist(),
+                     "epochs_of_data": [0.0] + [n / N for n in seen],
+                     "val_sse": [2 * v for v in r.val_loss],
+                     "test_sse": [2 * start] + [2 * e["test_loss"] for e in r.log],
+                     "log": r.log if o == "hf" else []})
+    return {"produced": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "source": _SOURCE_KEY, "budget": budget, "data": data, "minutes": timer.seconds / 60,
+            "tuned_from": HF_TUNED_FROM, "batch_size": batch, "runs": runs}
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=500):

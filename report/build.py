@@ -2,6 +2,7 @@
 
     python report/build.py                 # the full report (what `make report` runs)
     AELIB_FAST=1 python report/build.py --out /tmp/smoke.pdf   # smoke mode, e.g. for the tests
+    python report/build.py --only 05       # execute chapter 5 alone (no PDF), as `make hf` does when needed
 
 Steps: each notebooks/NN_*.ipynb is executed with nbclient (a failing cell stops the build with a non-zero exit) and
 saved under build/executed/; the executed copies are merged into one notebook (each notebook's first heading becomes
@@ -28,7 +29,7 @@ NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
 TEMPLATE = ROOT / "report" / "template"
 TITLE = "aelib: second-order autodiff for autoencoders"
-SUBTITLE = "Gradients, Hessian-vector and Gauss-Newton products,\nfour optimizers and an MNIST study"
+SUBTITLE = "Gradients, Hessian-vector and Gauss-Newton products,\nfour optimizers, an MNIST study and Hessian-free optimization"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -151,10 +152,19 @@ def main(argv=None):
     parser.add_argument("--executed", help="folder for the executed notebooks (default build/executed)")
     parser.add_argument("--skip-execution", action="store_true",
                         help="typeset the executed copies already in --executed without running the notebooks")
+    parser.add_argument("--only", nargs="+", metavar="NN",
+                        help="only execute the notebooks whose names start with these numbers (no PDF)")
     args = parser.parse_args(argv)
     BUILD.mkdir(exist_ok=True)
     try:
-        build(args.out, args.executed, args.skip_execution)
+        if args.only:
+            chosen = [p for p in notebooks() if p.name[:2] in args.only]
+            if not chosen:
+                raise BuildError(f"no notebook numbered {', '.join(args.only)} in {NOTEBOOKS}")
+            for p in chosen:
+                execute(p, Path(args.executed or BUILD / "executed"))
+        else:
+            build(args.out, args.executed, args.skip_execution)
     except BuildError as err:
         print(f"\nerror: {err}\nThe report was not changed.", file=sys.stderr)
         raise SystemExit(1) from None

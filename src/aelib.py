@@ -12,7 +12,8 @@ Conventions, written once and used everywhere (the report uses the same names):
   Pearlmutter's operator R_p{·} = d/dr ·(θ + r p) at r = 0.
 * Momentum is the heavy-ball form v ← μ v − η g; Adam increments its step counter before the bias corrections.
 
-Sections, in dependency order: activations, losses, model, curvature, optimizers, training, data, checks, command line.
+Sections, in dependency order: activations, losses, model, curvature, optimizers, training, Hessian-free
+optimization, data, baselines, checks, command line.
 """
 from __future__ import annotations
 
@@ -37,7 +38,13 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 __all__ = [
-    "ACTIVATIONS", "LOSSES", "Autoencoder", "Linearization",
+    "ACTIVATIONS", "LOSSES", "Activation", "Loss", "Autoencoder", "Linearization",
+    "Optimizer", "Schedule", "sgd", "momentum", "rmsprop", "adam", "inverse_root", "constant",
+    "SGDState", "MomentumState", "RMSpropState", "AdamState",
+    "TrainRecord", "DIVERGENCE_FACTOR", "evaluate", "train", "trajectory",
+    "conjugate_gradient", "HessianFree", "hessian_free", "train_hf",
+    "MNIST", "DataError", "data_dir", "fetch_mnist", "read_idx", "load_mnist", "first_k", "safe_unpickle",
+    "mnist_from_pickle", "PCA",
     "rel_error", "central_difference", "complex_step", "check_gradient", "check_hvp",
     "dense_jacobian", "dense_hessian", "CENTRAL_TOL", "COMPLEX_TOL",
 ]
@@ -480,17 +487,23 @@ class Linearization:
         return self._curvature(gauss_newton=True)
 
     def _r_forward(self, dparams, keep):
-        """R_u_l = R_z_{l-1} W_lᵀ + z_{l-1} V_lᵀ + c_l,  R_z_l = g'_l ⊙ R_u_l,  R_z_0 = 0."""
-        Rus, Rzs, Rz = [], [], None
+        """R_u_l = R_z_{l-1} W_lᵀ + z_{l-1} V_lᵀ + c_l,  R_z_l = g'_l ⊙ R_u_l,  R_z_0 = 0.
+
+        Returns the lists of R_u_l and R_z_l with ``keep``, else only R_u_L (each R_u_l then becomes R_z_l in
+        place, and the unused R_z_L is never formed)."""
+        Rus, Rzs, Rz, L = [], [], None, len(self.params)
         for k, ((W, _), (V, c)) in enumerate(zip(self.params, dparams)):
             Ru = self.zs[k] @ V.T
             Ru += c
             if Rz is not None:
                 Ru += Rz @ W.T
-            Rz = Ru * self.d1s[k]
             if keep:
+                Rz = Ru * self.d1s[k]
                 Rus.append(Ru)
                 Rzs.append(Rz)
+            elif k < L - 1:
+                Ru *= self.d1s[k]
+                Rz = Ru
         return (Rus, Rzs) if keep else Ru
 
     def gnvp(self, p):
@@ -747,7 +760,7 @@ class TrainRecord:
     diverged: bool = False
     diverged_epoch: int | None = None
     stopped_early: bool = False
-    log: list = field(default_factory=list)     # per-step details of second-order methods (see train_hf)
+    log: list = field(default_factory=list)     # per-step details: train_hf's, or what a callback adds
 
     @property
     def epochs(self):

@@ -91,3 +91,10 @@ def test_pca_is_the_best_linear_code():
     assert pca.squared_error(X) == pytest.approx(expected, rel=1e-10)
     with pytest.raises(ValueError, match="k must be between 1 and 3"):
         aelib.PCA(X, 4)
+
+
+def test_the_public_names_are_exported():
+    assert all(hasattr(aelib, name) for name in aelib.__all__)
+    public = {n for n, v in vars(aelib).items() if not n.startswith("_") and callable(v)
+              and getattr(v, "__module__", None) == "aelib"}
+    assert public - {"main"} <= set(aelib.__all__), public - set(aelib.__all__)

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,11 @@ def executed(smoke, nb):
     return out if out.exists() else build.execute(nb, smoke / "executed")
 
 
+NEEDS = {"06": "05"}          # chapter 6 reads the learning rates that chapter 5 tuned
+
+
 def test_the_numbered_notebooks_are_all_there():
-    assert [p.name[:3] for p in NOTEBOOKS[:5]] == ["01_", "02_", "03_", "04_", "05_"]
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -47,6 +51,9 @@ def test_notebook_is_stored_without_outputs(nb):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(smoke, nb):
+    for other in NOTEBOOKS:
+        if other.name[:2] == NEEDS.get(nb.name[:2]):
+            executed(smoke, other)
     out = build.execute(nb, smoke / "executed")          # raises BuildError naming the failing cell
     figures = list((smoke / "figures").glob(f"{nb.name[:2]}_*.pdf"))
     assert out.exists() and (figures or nb.name.startswith("02"))
@@ -65,6 +72,14 @@ def test_report_pdf_from_the_smoke_run(smoke):
     leaked = [w for w in RAW_WIDGET_TEXT if w in text]
     assert not leaked, f"raw widget reprs in the PDF: {leaked}"
     assert "Traceback" not in text
+
+
+def test_the_hf_comparison_says_what_to_run_without_the_study(tmp_path):
+    env = {**os.environ, "AELIB_CACHE": str(tmp_path / "empty"), "AELIB_FAST": ""}
+    done = subprocess.run([sys.executable, str(ROOT / "report" / "hf_compare.py"), "--out", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "make report" in done.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_a_failing_notebook_stops_the_build_and_keeps_the_old_pdf(smoke, tmp_path, monkeypatch):
