@@ -937,7 +937,7 @@ def hessian_free(damping=1.0, grad_batch=None, curvature_batch=1000, cg_max=100,
         g = ∇F on a gradient batch (all of X_train when grad_batch is None), G from one ``net.linearize`` on a
         random curvature batch of ``curvature_batch`` examples;
         d ≈ argmin_d q(d) + ½λ‖d‖²,  q(d) = gᵀd + ½ dᵀGd,  by preconditioned CG on (G + λI) d = −g, started from
-        ``decay``·d_{k−1} and stopped on relative progress of the quadratic model;
+        ``decay`` times the previous step's last CG iterate and stopped on relative progress of the quadratic model;
         CG-backtracking: of the stored iterates d_i (i ≈ 1.3^j), walk back from the last while F(θ + d_i)
         decreases on the gradient batch;
         ρ = (F(θ + d) − F(θ)) / q(d) (undamped model); λ ← 3/2 λ if ρ < ¼, λ ← 2/3 λ if ρ > ¾;
@@ -1043,7 +1043,7 @@ def train_hf(net, theta, X_train, hf, steps, X_val=None, seed=0, progress=True, 
             elif f_d > f0:
                 alpha = 0.0
             theta += alpha * d
-            d_prev = d
+            d_prev = x                                          # the last CG iterate, not the backtracked one
             # data processed, in forward-backward equivalents: gradient, F evaluations (a third each), curvature
             seen += len(Xg) * (1 + evaluations / 3) + len(Xc) * (1 + 1.3 * (cg_iters + 1))
             record.train_loss.append(float(f0))
