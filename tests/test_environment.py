@@ -35,3 +35,10 @@ def test_aelib_needs_only_numpy():
     assert imports <= {"__future__", "numpy", "math", "functools", "typing", "argparse", "gzip", "hashlib", "io",
                        "os", "pickle", "shutil", "subprocess", "sys", "tempfile", "time", "warnings", "zipfile",
                        "pathlib", "dataclasses", "contextlib", "struct", "collections"}, imports
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make report" in readme
+    commands = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines() if l.strip() and l[0] != "#"]
+    assert commands[-1] == "make test"
