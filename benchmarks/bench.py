@@ -42,21 +42,30 @@ DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.
 AGREE_TOL = 1e-10
 
 
-def interleaved_times(fns, min_repeat=5, budget=1.0, warmup=2):
-    """Median seconds of each function of the dict ``fns``, timed in interleaved rounds (one call of each per round)
-    so that every ratio compares calls made under the same machine conditions.  At least ``min_repeat`` rounds,
-    more while within ``budget`` seconds per function (at most 200), after ``warmup`` rounds."""
+PAUSE = 0.25   # seconds of rest before each timed call, longer than PyTorch's OpenMP threads (up to 200 ms) and
+               # OpenBLAS's (about 0.1 s) spin-wait after a call, so one library's idle threads never compete with
+               # the other's timing
+
+
+def interleaved_times(fns, min_repeat=5, max_repeat=15, budget=1.0, warmup=2, warm_call=True):
+    """Median seconds of each function of the dict ``fns``, timed in interleaved rounds (one timed call of each per
+    round) so that every ratio compares calls made under the same machine conditions.  Before each timed call: a
+    pause (see PAUSE), then with ``warm_call`` one untimed call, so that the timed call finds its own library's
+    threads awake, as in a training loop.  At least ``min_repeat`` rounds, more (up to ``max_repeat``) while the
+    timed calls have used less than ``budget`` seconds per function, after ``warmup`` rounds."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times, start = {name: [] for name in fns}, time.perf_counter()
-    rounds = 0
-    while rounds < min_repeat or (time.perf_counter() - start < budget * len(fns) and rounds < 200):
+    times = {name: [] for name in fns}
+    while len(times[next(iter(fns))]) < min_repeat or (
+            sum(map(sum, times.values())) < budget * len(fns) and len(times[next(iter(fns))]) < max_repeat):
         for name, fn in fns.items():
+            time.sleep(PAUSE)
+            if warm_call:
+                fn()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-        rounds += 1
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
@@ -188,7 +197,8 @@ def bench_config(name, sizes, N, dtype_name, data, epoch_data, rng, budget):
         row.update(interleaved_times({
             "adam_epoch": lambda: aelib.train(net, theta, Xe, aelib.adam(1e-3), 1, N, progress=False),
             "torch_adam_epoch": lambda: tnet.adam_epoch(t, Xet, N, order_t)},
-            min_repeat=2 if len(Xe) > 10_000 else 3, budget=0, warmup=1 if len(Xe) <= 10_000 else 0))
+            min_repeat=2 if len(Xe) > 10_000 else 3, budget=0, warmup=1 if len(Xe) <= 10_000 else 0,
+            warm_call=False))
     return row
 
 

@@ -60,9 +60,12 @@ def md(text):
 
 
 def table(header, rows):
-    """A markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A markdown table from a header and rows of already formatted cells.  The dashes under each heading are as
+    many as its column's longest cell, which is how pandoc sizes the columns of a wide table in the PDF."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max([3, len(h)] + [len(row[i]) for row in rows if i < len(row)]) for i, h in enumerate(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" " + "-" * w + " " for w in widths) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
