@@ -48,7 +48,7 @@ def setup():
 
 def savefig(fig, name):
     """Write ``fig`` to figures/NAME.pdf (vector, for the report) and NAME.png (for the README), then show it."""
-    fig.savefig(FIGURES / f"{name}.pdf")
+    fig.savefig(FIGURES / f"{name}.pdf", metadata={"CreationDate": None})   # same figure, same bytes
     fig.savefig(FIGURES / f"{name}.png", dpi=150)
     display(fig)
     plt.close(fig)
@@ -239,6 +239,7 @@ def hf_comparison(budget=HF_BUDGET, data=None, settings=None):
         for o in ("adam", "momentum"):
             jobs[(name, o)] = job(sizes, o, lr[o], 10 ** 6, batch, data, budget=budget)
         jobs[(name, "hf")] = job(sizes, "hf", None, 10 ** 6, None, data, budget=budget, **settings)
+    reused = sum(_path(j).exists() for j in jobs.values())
     with Timer() as timer:
         records = run_all(jobs, "HF comparison")
     images = load(**data)
@@ -255,7 +256,7 @@ def hf_comparison(budget=HF_BUDGET, data=None, settings=None):
                      "log": r.log if o == "hf" else []})
     return {"produced": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
             "source": _SOURCE_KEY, "budget": budget, "data": data, "minutes": timer.seconds / 60,
-            "tuned_from": HF_TUNED_FROM, "batch_size": batch, "runs": runs}
+            "reused": reused, "tuned_from": HF_TUNED_FROM, "batch_size": batch, "runs": runs}
 
 
 def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=5, chunk=500):

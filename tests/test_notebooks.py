@@ -85,8 +85,8 @@ def test_the_hf_comparison_says_what_to_run_without_the_study(tmp_path):
 def test_a_failing_notebook_stops_the_build_and_keeps_the_old_pdf(smoke, tmp_path, monkeypatch):
     nb = tmp_path / "notebooks" / "01_broken.ipynb"
     nb.parent.mkdir()
-    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": ["assert 1 == 2, 'boom'"],
-                                         "outputs": [], "execution_count": None}],
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "id": "boom", "metadata": {},
+                                         "source": ["assert 1 == 2, 'boom'"], "outputs": [], "execution_count": None}],
                               "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     monkeypatch.setattr(build, "NOTEBOOKS", nb.parent)
     old = tmp_path / "report.pdf"
