@@ -24,6 +24,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.budget > 0:
         parser.error(f"--budget must be positive; got {args.budget}")
+    if nbtools.FAST:
+        parser.error("AELIB_FAST is set: the full comparison needs the full study's settings; unset it "
+                     "(smoke mode runs a miniature race inside notebook 06 instead)")
     try:
         result = nbtools.hf_comparison(args.budget)
     except FileNotFoundError as err:

@@ -80,6 +80,9 @@ def test_the_hf_comparison_says_what_to_run_without_the_study(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode != 0 and "make report" in done.stderr
     assert not (tmp_path / "x.json").exists()
+    done = subprocess.run([sys.executable, str(ROOT / "report" / "hf_compare.py"), "--out", str(tmp_path / "x.json")],
+                          capture_output=True, text=True, env={**env, "AELIB_FAST": "1"})
+    assert done.returncode != 0 and "AELIB_FAST" in done.stderr and not (tmp_path / "x.json").exists()
 
 
 def test_a_failing_notebook_stops_the_build_and_keeps_the_old_pdf(smoke, tmp_path, monkeypatch):
