@@ -137,11 +137,8 @@ def _train(job):
         record = aelib.train(net, theta, data.X_train, optimizer, job["epochs"], job["batch_size"],
                              X_val=data.X_val, seed=job["seed"], progress=False, callback=callback)
     path = _path(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(record).items() if k != "theta"}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, theta=record.theta, meta=json.dumps(meta, default=float))
-    os.replace(tmp, path)                                      # a cache entry is complete or absent
+    aelib._atomic_savez(path, theta=record.theta, meta=json.dumps(meta, default=float))   # complete or absent
     return path
 
 
@@ -157,10 +154,8 @@ def run_all(jobs, label="training"):
     and of the aelib source, so a re-run reuses them and a change to either retrains."""
     from tqdm.auto import tqdm
 
-    todo = {}
-    for j in jobs.values():
-        if not _path(j).exists():
-            todo[_path(j)] = j
+    paths = {name: _path(j) for name, j in jobs.items()}
+    todo = {paths[name]: j for name, j in jobs.items() if not paths[name].exists()}
     if todo:
         bar = tqdm(total=len(todo), desc=f"{label}: {len(todo)} runs, {min(WORKERS, len(todo))} at a time",
                    unit="run")
@@ -183,7 +178,7 @@ def run_all(jobs, label="training"):
                     else:
                         os.environ[k] = v
         bar.close()
-    records = {name: _read(_path(j)) for name, j in jobs.items()}
+    records = {name: _read(path) for name, path in paths.items()}
     STATS["cached"] += len(jobs) - len(todo)
     STATS["runs"] += len(jobs)
     STATS["epochs"] += sum(r.epochs for r in records.values())
@@ -239,9 +234,10 @@ def hf_comparison(budget=HF_BUDGET, data=None, settings=None):
         for o in ("adam", "momentum"):
             jobs[(name, o)] = job(sizes, o, lr[o], 10 ** 6, batch, data, budget=budget)
         jobs[(name, "hf")] = job(sizes, "hf", None, 10 ** 6, None, data, budget=budget, **settings)
-    reused = sum(_path(j).exists() for j in jobs.values())
+    cached_before = STATS["cached"]
     with Timer() as timer:
         records = run_all(jobs, "HF comparison")
+    reused = STATS["cached"] - cached_before
     images = load(**data)
     N, runs = len(images.X_train), []
     for (name, o), r in records.items():
